@@ -1,0 +1,5 @@
+import sys
+
+from polypssl.cli import main
+
+sys.exit(main())
