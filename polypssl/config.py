@@ -42,7 +42,7 @@ def resolve_config_path(config: str | Path, stage: str) -> Path:
 def _valid_keys(node: Any, prefix: str = "") -> list[str]:
     keys: list[str] = []
     if isinstance(node, DictConfig):
-        for key in node.keys():
+        for key in node:
             child = node._get_node(key)
             full = f"{prefix}{key}"
             if isinstance(child, DictConfig) and not child._is_none():
