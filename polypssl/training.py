@@ -89,6 +89,16 @@ class LoopState:
     extra: dict[str, Any] = field(default_factory=dict)  # stage state (best score, patience ...)
 
 
+def normalise_precision(value: Any) -> str:
+    """``no``/``fp16``/``bf16``; YAML reads a bare ``no`` as false, so accept that spelling too."""
+    text = str(value).strip().lower()
+    if text in ("no", "false", "none", "fp32", "0"):
+        return "no"
+    if text in ("fp16", "bf16"):
+        return text
+    raise PolypsslError(f"loop.mixed_precision must be no, fp16 or bf16, got '{value}'")
+
+
 class NonFiniteLossError(PolypsslError):
     """Raised when the loss is NaN or infinite."""
 
@@ -117,8 +127,7 @@ class TrainingSession:
 
         if loop.tracker not in ("none", "wandb", "tensorboard"):
             raise PolypsslError(f"loop.tracker must be none, wandb or tensorboard, got '{loop.tracker}'")
-        if loop.mixed_precision not in ("no", "fp16", "bf16"):
-            raise PolypsslError(f"loop.mixed_precision must be no, fp16 or bf16, got '{loop.mixed_precision}'")
+        loop.mixed_precision = normalise_precision(loop.mixed_precision)
         self.cfg = cfg
         self.loop = loop
         self.stage = stage
@@ -129,7 +138,9 @@ class TrainingSession:
             log_with=None if loop.tracker == "none" else loop.tracker,
             project_config=ProjectConfiguration(project_dir=str(self.run_dir), logging_dir=str(self.run_dir / "logs")),
             # Our EpochSampler is already deterministic; keep Accelerate from replacing it.
-            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=False),
+            dataloader_config=DataLoaderConfiguration(
+                use_seedable_sampler=False, non_blocking=torch.cuda.is_available()
+            ),
             # Schedulers are stepped once per optimiser step by the stage, not once per process.
             step_scheduler_with_optimizer=False,
         )

@@ -110,3 +110,18 @@ def test_resume_from_a_folder_that_is_not_a_checkpoint_is_refused(tmp_path):
     cfg = make_cfg(tmp_path, resume=str(tmp_path))
     with pytest.raises(Exception, match="not a complete checkpoint"):
         train(cfg)
+
+
+@pytest.mark.parametrize(("given", "expected"), [("no", "no"), ("False", "no"), ("fp32", "no"), ("bf16", "bf16")])
+def test_mixed_precision_accepts_yaml_spellings(given, expected):
+    from polypssl.training import normalise_precision
+
+    assert normalise_precision(given) == expected
+
+
+def test_unknown_mixed_precision_is_refused():
+    from polypssl.errors import PolypsslError
+    from polypssl.training import normalise_precision
+
+    with pytest.raises(PolypsslError, match="loop.mixed_precision"):
+        normalise_precision("fp8")

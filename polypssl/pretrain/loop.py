@@ -267,9 +267,6 @@ def pretrain(cfg: PretrainConfig, on_step: StepCallback | None = None) -> Path:
     use_cuda = session.device.type == "cuda"
     accumulation = cfg.loop.gradient_accumulation_steps
     per_process = per_process_batch(cfg.batch_size, session.world_size, accumulation)
-    # Pinned host batches are copied while the previous step still runs.
-    acc.dataloader_config.non_blocking = use_cuda
-
     loader = build_loader(cfg, per_process, use_cuda)
     batches_per_epoch = len(loader.dataset) // (per_process * session.world_size)
     steps_per_epoch = math.ceil(batches_per_epoch / accumulation)
