@@ -55,6 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:
+        # Accelerate logs five INFO lines per checkpoint; our own log already names each one.
+        logging.getLogger("accelerate").setLevel(logging.WARNING)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         return int(module.run(args) or 0)

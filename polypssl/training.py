@@ -213,6 +213,7 @@ class TrainingSession:
             os.replace(tmp, final)
             for old in self.checkpoints()[: -max(self.loop.keep_last, 1)]:
                 shutil.rmtree(old, ignore_errors=True)
+            log.info("checkpoint %s", final)
         self.accelerator.wait_for_everyone()
         return final
 
