@@ -1,4 +1,4 @@
-"""Mask binarisation (PROTOCOL section 4) and one clear error per kind of bad input."""
+"""Mask binarisation (docs/protocol.md section 4) and one clear error per kind of bad input."""
 
 import io
 

@@ -1,4 +1,4 @@
-"""PROTOCOL section 3: sorting, pairing and the split indices."""
+"""docs/protocol.md section 3: sorting, pairing and the split indices."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ from polypssl.data import open_labelled, protocol_split
 
 
 def reference_split(n, seed=42):
-    """PROTOCOL section 3 written out literally (scikit-learn's train_test_split applied twice)."""
+    """docs/protocol.md section 3 written out literally (scikit-learn's train_test_split applied twice)."""
     t = round(0.1 * n)
     perm = np.random.RandomState(seed).permutation(n)
     test, rest = perm[:t], perm[t:]

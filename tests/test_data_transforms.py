@@ -1,4 +1,4 @@
-"""PROTOCOL section 2 augmentations: image and mask move together; eval keeps the original mask."""
+"""docs/protocol.md section 2 augmentations: image and mask move together; eval keeps the original mask."""
 
 import numpy as np
 import torch

@@ -1,4 +1,4 @@
-"""Per-image metrics equal PROTOCOL.md section 4 on hand-made masks; statistics helpers behave."""
+"""Per-image metrics equal docs/protocol.md section 4 on hand-made masks; statistics helpers behave."""
 
 import math
 

@@ -28,7 +28,7 @@ def test_the_study_segmenters_give_one_logit_per_pixel_at_224(encoder, decoder):
     with torch.no_grad():
         assert model(torch.randn(2, 3, 224, 224)).shape == (2, 1, 224, 224)
     if decoder == "dpt":
-        assert decoder_parameters(model) == 20_328_641  # PROTOCOL.md section 8: the study's DPT decoder
+        assert decoder_parameters(model) == 20_328_641  # docs/protocol.md section 8: the study's DPT decoder
 
 
 def _free_port() -> int:

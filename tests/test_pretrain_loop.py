@@ -82,7 +82,7 @@ def test_schedule_covers_the_run_and_max_steps_shortens_it_keeping_its_shape():
     assert schedule_steps(cfg, 24) == (50, 5)
 
 
-# PROTOCOL section 6: optimiser, lr per 256 images, weight decay, epochs, warm-up, global batch
+# docs/protocol.md section 6: optimiser, lr per 256 images, weight decay, epochs, warm-up, global batch
 RECIPES = {
     "mocov3_resnet50": ("lars", 0.6, 1e-6, 100, 10, 4096),
     "mocov3_vit_b16": ("adamw", 1.5e-4, 0.1, 300, 40, 4096),

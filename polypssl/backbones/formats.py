@@ -1,6 +1,6 @@
 """Reading checkpoints safely and taking the encoder out of each official layout.
 
-Layouts (PROTOCOL.md section 7):
+Layouts (docs/protocol.md section 7):
 
 - ``mocov3``: ``{"state_dict": ...}`` with ``module.base_encoder.*`` (kept, prefix stripped), the projector as
   ``fc.*`` (ResNet) / ``head.*`` (ViT) inside it, ``module.momentum_encoder.*`` and ``module.predictor.*``.

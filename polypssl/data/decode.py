@@ -1,6 +1,6 @@
 """Image and mask decoding: one place that turns a file (or bytes) into RGB pixels or a bool mask.
 
-Masks follow PROTOCOL section 4: one channel (luminance) scaled to [0, 1], then ``> 0.5``. JPEG
+Masks follow docs/protocol.md section 4: one channel (luminance) scaled to [0, 1], then ``> 0.5``. JPEG
 masks (Kvasir-SEG) hold values such as 1-7 and 248-254 near edges; the threshold absorbs them.
 """
 
@@ -76,7 +76,7 @@ def mask_luminance(img: Image.Image) -> np.ndarray:
 
 
 def binarise(luminance: np.ndarray) -> np.ndarray:
-    """PROTOCOL section 4: target = luminance in [0, 1] > 0.5."""
+    """docs/protocol.md section 4: target = luminance in [0, 1] > 0.5."""
     return luminance > 0.5
 
 

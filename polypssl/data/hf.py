@@ -3,7 +3,7 @@
 Images and masks are read as encoded bytes (``Image(decode=False)``) and decoded by
 :mod:`polypssl.data.decode`, so Hub copies get the same mask binarisation and reduced-size JPEG
 decoding as folders. Rows are ordered by their stored file path when every row has one, which
-reproduces PROTOCOL section 3's sorted order (and so its split) for Hub copies of Kvasir-SEG.
+reproduces docs/protocol.md section 3's sorted order (and so its split) for Hub copies of Kvasir-SEG.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One interface over the datasets as users unpack them (PROTOCOL section 5).
+"""One interface over the datasets as users unpack them (docs/protocol.md section 5).
 
 ``open_labelled`` returns image/mask pairs (Kvasir-SEG, CVC-ClinicDB, Hub datasets) and
 ``open_unlabelled`` returns images only (Hyperkvasir-unlabelled, ImageNet-1k, any folder, and
@@ -214,7 +214,7 @@ def open_labelled(
     image_column: str = "image",
     mask_column: str = "annotation",
 ) -> LabelledSource:
-    """Open a labelled dataset; ``split`` in train/val/test picks PROTOCOL section 3's indices."""
+    """Open a labelled dataset; ``split`` in train/val/test picks docs/protocol.md section 3's indices."""
     check_name(name)
     if name not in LABELLED:
         raise PolypsslError(f"dataset {name!r} has no masks; labelled datasets: {', '.join(LABELLED)}")

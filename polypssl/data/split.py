@@ -1,4 +1,4 @@
-"""The train/val/test split of PROTOCOL section 3, bit-identical to the reference study.
+"""The train/val/test split of docs/protocol.md section 3, bit-identical to the reference study.
 
 The reference applies scikit-learn's ``train_test_split(ids, test_size=t, random_state=42)``
 twice. With an integer test size and no stratification that function takes the first ``t``
@@ -14,7 +14,7 @@ SPLITS = ("train", "val", "test", "all")
 
 
 def protocol_split(n: int, seed: int = 42, fraction: float = 0.1) -> dict[str, np.ndarray]:
-    """Indices ``{"train", "val", "test"}`` into ``n`` items sorted as PROTOCOL section 3 says.
+    """Indices ``{"train", "val", "test"}`` into ``n`` items sorted as docs/protocol.md section 3 says.
 
     ``t = round(fraction * n)``; test = first ``t`` of one permutation; val = first ``t`` of a
     second permutation of the rest; train = the remainder (in that permuted order).

@@ -1,4 +1,4 @@
-"""Fine-tuning and evaluation transforms (PROTOCOL sections 2 and 4).
+"""Fine-tuning and evaluation transforms (docs/protocol.md sections 2 and 4).
 
 Images stay uint8 through the resize, colour and blur steps; normalisation comes right before
 the affine warp so the warp can fill with exactly -1 (the protocol's fill "after
@@ -30,7 +30,7 @@ def pil_to_uint8(image: Image.Image) -> torch.Tensor:
 
 
 def resize_image(image: Image.Image, size: int) -> Image.Image:
-    """PROTOCOL section 2: the image is resized (PIL, bilinear) to size x size."""
+    """docs/protocol.md section 2: the image is resized (PIL, bilinear) to size x size."""
     return image.resize((size, size), Image.BILINEAR)
 
 
@@ -68,7 +68,7 @@ class SegmentationTrainTransform:
     """``(PIL image, bool mask) -> (float32 [3,S,S] normalised, float32 [1,S,S] in {0,1})``.
 
     ``color`` and ``blur`` exist so tests can check the geometry pixel by pixel; training keeps
-    both on (PROTOCOL section 2).
+    both on (docs/protocol.md section 2).
     """
 
     def __init__(self, image_size: int, *, color: bool = True, blur: bool = True) -> None:

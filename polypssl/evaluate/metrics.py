@@ -1,4 +1,4 @@
-"""Segmentation metrics exactly as the study protocol defines them (PROTOCOL.md section 4).
+"""Segmentation metrics exactly as the study protocol defines them (docs/protocol.md section 4).
 
 Per image, with prediction ``P = sigmoid(logit) > 0.5`` (equivalently ``logit > 0``), target
 ``T = mask > 0.5`` and smoothing ``s = 1e-8``::

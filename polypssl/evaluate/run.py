@@ -1,7 +1,7 @@
 """``polypssl evaluate RUN_DIR DATASET ROOT [--split test|all]``: per-image scores of a fine-tuned run.
 
 The model sees each image resized to its training size (224 in the study); its logits are
-resized bilinearly to the ORIGINAL mask size and scored there (PROTOCOL.md section 4), because
+resized bilinearly to the ORIGINAL mask size and scored there (docs/protocol.md section 4), because
 scoring at 224 would reward coarse masks on large images. Under ``accelerate launch`` each process
 scores one shard of the images; the rows are gathered, de-duplicated by image index and written
 once, so the result does not depend on the number of processes.

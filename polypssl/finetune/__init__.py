@@ -2,7 +2,7 @@
 
 ``build_segmenter(encoder, weights, image_size)`` gives ResNet + DeepLabV3+ or ViT + DPT with
 the encoder initialised from any weight spec; ``polypssl finetune`` trains it with the recipe of
-PROTOCOL.md section 2; ``load_segmenter(run_dir)`` gives the best-validation model of a finished
+docs/protocol.md section 2; ``load_segmenter(run_dir)`` gives the best-validation model of a finished
 run back; ``polypssl predict`` writes its masks for any images.
 """
 

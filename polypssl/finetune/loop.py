@@ -4,7 +4,7 @@ One plain epoch loop on :class:`polypssl.training.TrainingSession` (the bookkeep
 pretraining stage shares: run directory, checkpoints, exact resume, trackers, progress,
 non-finite guard). Per epoch: train on the protocol's train split with the protocol's
 augmentations and the soft Dice loss, then score the val split per image at the ORIGINAL mask
-resolution (PROTOCOL.md section 4), step ReduceLROnPlateau on val mDice and keep the best
+resolution (docs/protocol.md section 4), step ReduceLROnPlateau on val mDice and keep the best
 model as ``model.safetensors``. The run ends with ``run.json``, what the evaluation report needs.
 Also runs as ``accelerate launch -m polypssl.finetune CONFIG [key=value ...]``.
 """
@@ -52,7 +52,7 @@ class FinetuneDataConfig:
 
 @dataclass
 class FinetuneConfig:
-    """The fine-tuning recipe (PROTOCOL.md section 2); defaults are the study's values."""
+    """The fine-tuning recipe (docs/protocol.md section 2); defaults are the study's values."""
 
     encoder: str = "resnet50"
     weights: str = "random"  # random | supervised[:TAG] | file:PATH | mocov3:PATH | mae:PATH | barlowtwins:PATH | auto:PATH

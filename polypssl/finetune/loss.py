@@ -1,4 +1,4 @@
-"""The study's only training loss: soft Dice per image (PROTOCOL.md section 2)."""
+"""The study's only training loss: soft Dice per image (docs/protocol.md section 2)."""
 
 from __future__ import annotations
 

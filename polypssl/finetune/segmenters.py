@@ -1,4 +1,4 @@
-"""The study's two segmenters: ResNet + DeepLabV3+ and ViT + DPT (PROTOCOL.md sections 2 and 8).
+"""The study's two segmenters: ResNet + DeepLabV3+ and ViT + DPT (docs/protocol.md sections 2 and 8).
 
 Both come from segmentation_models_pytorch with the study's settings; only the encoder weights
 differ between the models of the study, and they come from :mod:`polypssl.backbones` (any weight

@@ -53,7 +53,7 @@ METHODS: dict[str, tuple[str, str]] = {
     "barlowtwins": ("polypssl.pretrain.barlowtwins", "BarlowTwins"),
     "mae": ("polypssl.pretrain.mae", "MAE"),
 }
-#: what the exported backbone records as its pretraining data, by dataset name (PROTOCOL section 1)
+#: what the exported backbone records as its pretraining data, by dataset name (docs/protocol.md section 1)
 DATA_LABELS = {"hyperkvasir-unlabelled": "HK", "imagenet-1k": "IN"}
 #: step-randomness seeds are drawn from a stream distinct from the augmentation stream
 _STEP_STREAM = 0x5EED

@@ -2,7 +2,7 @@
 
 A query encoder (backbone + projector + predictor) and a momentum encoder (an exponential
 moving average of backbone + projector, no gradient) see two views of each image; the loss is
-the symmetric InfoNCE of PROTOCOL section 6 with keys gathered from every process.
+the symmetric InfoNCE of docs/protocol.md section 6 with keys gathered from every process.
 """
 
 from __future__ import annotations

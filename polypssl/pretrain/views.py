@@ -26,7 +26,7 @@ class PILGaussianBlur:
     """Gaussian blur with sigma ~ U(sigma_min, sigma_max), on PIL images.
 
     PIL's box-filter approximation is what the MoCo v3 and Barlow Twins loaders use, and it is
-    several times faster than torchvision's tensor blur at 224 px (PROTOCOL section 8). The
+    several times faster than torchvision's tensor blur at 224 px (docs/protocol.md section 8). The
     sigma is drawn from the torch RNG, unlike the releases' python ``random``.
     """
 
