@@ -494,3 +494,14 @@ def test_slurm_without_sbatch_says_what_to_do(monkeypatch):
     monkeypatch.setattr(executors.shutil, "which", lambda name: None)
     with pytest.raises(PolypsslError, match="--executor local"):
         SlurmExecutor(ExecutorSection(kind="slurm"), "jobs")
+
+
+def test_dry_run_of_the_demo_prints_the_plan_and_writes_nothing(tmp_path, capsys):
+    from polypssl.cli import main
+
+    out = tmp_path / "study"
+    assert main(["study", f"out_dir={out}", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "synthetic datasets would be created" in printed
+    assert "23 steps: 0 done, 0 partial, 23 todo" in printed
+    assert not out.exists()

@@ -36,29 +36,39 @@ def split_args(args: list[str]) -> tuple[str | None, list[str]]:
     return None, list(args)
 
 
-def prepare_data(cfg: StudyConfig) -> StudyConfig:
-    """Synthesise the datasets under ``<out_dir>/data`` when the config asks for it (kept if present)."""
+def prepare_data(cfg: StudyConfig, dry_run: bool = False) -> tuple[StudyConfig, bool]:
+    """Synthesise the datasets under ``<out_dir>/data`` when the config asks for it (kept if present).
+
+    Returns the config with the synthetic roots filled in, and whether those roots exist yet (a dry
+    run writes nothing, so it only names the folders the real run would create).
+    """
     if not cfg.data.synthesize:
-        return cfg
-    try:
-        from polypssl.data import ensure_synthetic
-    except ImportError as err:
-        raise PolypsslError(f"data.synthesize needs polypssl.data.ensure_synthetic: {err}") from err
+        return cfg, True
+    from polypssl.data.synth import DOMAINS, ensure_synthetic
+
     out = cfg.root / "data"
-    log.info("study %s: synthetic datasets under %s (created if absent)", cfg.name, out)
-    roots = ensure_synthetic(out, cfg.data.synth_seed, cfg.data.synth_scale)
-    return replace_roots(cfg, {name: str(path) for name, path in roots.items()})
+    if dry_run:
+        roots = {name: out / name for name in DOMAINS}
+        exists = all(path.is_dir() for path in roots.values())
+        if not exists:
+            print(f"(dry run: synthetic datasets would be created under {out})")
+    else:
+        log.info("study %s: synthetic datasets under %s (created if absent)", cfg.name, out)
+        roots, exists = ensure_synthetic(out, cfg.data.synth_seed, cfg.data.synth_scale), True
+    return replace_roots(cfg, {name: str(path) for name, path in roots.items()}), exists
 
 
-def build_plan(config: str | None, overrides: list[str], executor: str | None = None) -> Plan:
+def build_plan(
+    config: str | None, overrides: list[str], executor: str | None = None, dry_run: bool = False
+) -> Plan:
     """Load, synthesise data if asked, plan and validate (every root and weight file checked)."""
     cfg = load_study(config, overrides)
     if executor:
         cfg = dataclasses.replace(cfg, executor=dataclasses.replace(cfg.executor, kind=executor))
     if cfg.executor.kind not in ("local", "slurm"):
         raise PolypsslError(f"executor.kind must be local or slurm, got '{cfg.executor.kind}'")
-    cfg = prepare_data(cfg)
-    return plan_study(cfg)
+    cfg, data_present = prepare_data(cfg, dry_run)
+    return plan_study(cfg, validate=data_present)
 
 
 def execute(plan: Plan) -> dict[str, str] | list[str]:
@@ -86,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         path = write_sweep(args.sweep_file, cfg, config or "demo", overrides)
         print(f"wrote W&B sweep {path}: register it with `wandb sweep {path}`, then run `wandb agent ID`")
         return 0
-    plan = build_plan(config, overrides, args.executor)
+    plan = build_plan(config, overrides, args.executor, dry_run=args.dry_run)
     print(plan.table(), flush=True)
     if args.dry_run:
         return 0
