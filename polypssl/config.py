@@ -9,6 +9,7 @@ the valid ones, so a typo in a sweep never silently runs the default.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -56,8 +57,8 @@ def _key_error(err: OmegaConfBaseException, schema_node: DictConfig, source: str
     key = getattr(err, "full_key", None) or getattr(err, "key", None) or "?"
     valid = _valid_keys(schema_node)
     if isinstance(err, ConfigKeyError):
-        close = [k for k in valid if str(key).split(".")[-1] in k or k.split(".")[-1] in str(key)]
-        hint = f" Did you mean: {', '.join(close[:5])}?" if close else ""
+        close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.6)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
         return PolypsslError(
             f"unknown config key '{key}' in {source}.{hint} Valid keys: {', '.join(valid)}"
         )

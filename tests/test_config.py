@@ -69,3 +69,8 @@ def test_resolved_config_round_trips_through_yaml(tmp_path):
 def test_missing_config_file_lists_presets():
     with pytest.raises(PolypsslError, match="config file not found: nope"):
         resolve_config_path("nope", "pretrain")
+
+
+def test_typo_gets_a_suggestion():
+    with pytest.raises(PolypsslError, match=r"Did you mean: data\.root"):
+        load_config(StageConfig, None, ["data.rot=/x"])

@@ -71,7 +71,8 @@ def _check(args: argparse.Namespace) -> int:
     if report:
         for problem in report:
             print(problem)
-        print(f"{args.name} at {args.root}: {len(report)} problem(s) ({counts})")
+        suffix = f" ({counts})" if counts else ""
+        print(f"{args.name} at {args.root}: {len(report)} problem(s){suffix}")
         return 1
     print(f"{args.name} at {args.root}: OK ({counts})")
     return 0
