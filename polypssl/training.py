@@ -99,6 +99,20 @@ def normalise_precision(value: Any) -> str:
     raise PolypsslError(f"loop.mixed_precision must be no, fp16 or bf16, got '{value}'")
 
 
+def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"loop.seed": 42, ...}``: TensorBoard's hparams accept only flat int/float/str/bool values."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
 class NonFiniteLossError(PolypsslError):
     """Raised when the loss is NaN or infinite."""
 
@@ -154,9 +168,10 @@ class TrainingSession:
             init_run_dir(self.run_dir, cfg, self.world_size, stage=stage, **provenance_extra)
         self.accelerator.wait_for_everyone()
         if loop.tracker != "none":
+            config = config_to_dict(cfg)
             self.accelerator.init_trackers(
                 loop.project if loop.tracker == "wandb" else stage,
-                config=config_to_dict(cfg),
+                config=config if loop.tracker == "wandb" else flat_hparams(config),
                 init_kwargs=_tracker_init_kwargs(loop, self.run_dir),
             )
 

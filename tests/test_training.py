@@ -125,3 +125,24 @@ def test_unknown_mixed_precision_is_refused():
 
     with pytest.raises(PolypsslError, match="loop.mixed_precision"):
         normalise_precision("fp8")
+
+
+def test_tensorboard_tracker_writes_event_files(tmp_path):
+    cfg = make_cfg(tmp_path, tracker="tensorboard")
+    cfg.epochs = 1
+    train(cfg)
+    events = list((tmp_path / "run" / "logs").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_wandb_tracker_logs_offline_without_credentials(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc: not logged in
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = make_cfg(tmp_path, tracker="wandb", project="polypssl-test")
+    cfg.epochs = 1
+    train(cfg)
+    offline_runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert offline_runs, "expected an offline W&B run under the run directory"
