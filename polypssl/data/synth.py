@@ -31,7 +31,7 @@ from PIL import Image, ImageFilter
 
 from polypssl.errors import PolypsslError
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = ".polypssl-synth.json"
 DOMAINS = ("kvasir-seg", "cvc-clinicdb", "hyperkvasir-unlabelled")
 _DOMAIN_CODE = {name: i + 1 for i, name in enumerate(DOMAINS)}
@@ -79,7 +79,7 @@ def _frame_size(rng: np.random.Generator, lo: int, hi: int) -> tuple[int, int]:
 def _polyp_params(rng: np.random.Generator, h: int, w: int, clinic: bool) -> dict:
     m = min(h, w)
     # Sizes from tiny to large: beta-skewed radius as a fraction of the shorter side.
-    frac = (0.03 + 0.17 * rng.beta(1.2, 2.0)) if clinic else (0.035 + 0.32 * rng.beta(1.2, 2.2))
+    frac = (0.04 + 0.2 * rng.beta(1.2, 2.0)) if clinic else (0.035 + 0.32 * rng.beta(1.2, 2.2))
     return {
         "cy": rng.uniform(0.15, 0.85) * h,
         "cx": rng.uniform(0.15, 0.85) * w,
@@ -103,7 +103,7 @@ def _render(rng: np.random.Generator, h: int, w: int, n_polyps: int, clinic: boo
 
     # Colour balance of the domain and of this frame.
     if clinic:
-        base = np.array([0.86, 0.52, 0.30], np.float32) * rng.uniform(0.9, 1.05, 3).astype(np.float32)
+        base = np.array([0.86, 0.48, 0.31], np.float32) * rng.uniform(0.9, 1.05, 3).astype(np.float32)
     else:
         base = np.array([0.82, 0.40, 0.36], np.float32) * rng.uniform(0.88, 1.08, 3).astype(np.float32)
 
