@@ -48,12 +48,15 @@ from typing import Any
 import torch
 
 from polypssl.config import config_to_dict
+from polypssl.data.sampling import sample_seed
 from polypssl.errors import PolypsslError
 from polypssl.runs import append_jsonl, finish_run_dir, init_run_dir, write_json
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoints"
+#: Mixed into the run seed for the per-batch reseeding in ``TrainingSession.batches``.
+STEP_STREAM = 0x5EED
 LOOP_STATE = "loop.json"
 
 
@@ -97,6 +100,18 @@ def normalise_precision(value: Any) -> str:
     if text in ("fp16", "bf16"):
         return text
     raise PolypsslError(f"loop.mixed_precision must be no, fp16 or bf16, got '{value}'")
+
+
+def per_process_batch(batch_size: int, world_size: int, accumulation: int = 1) -> int:
+    """Images each process loads per forward pass; the global batch must split evenly."""
+    parts = world_size * accumulation
+    if batch_size < 1 or batch_size % parts:
+        raise PolypsslError(
+            f"batch_size={batch_size} (the global batch) must be a positive multiple of "
+            f"processes ({world_size}) x loop.gradient_accumulation_steps ({accumulation}) = {parts}; "
+            f"change batch_size or loop.gradient_accumulation_steps"
+        )
+    return batch_size // parts
 
 
 def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -267,7 +282,10 @@ class TrainingSession:
             self.state.batch_in_epoch = 0
 
     def batches(self, loader: Any, desc: str | None = None) -> Iterator[Any]:
-        """Iterate ``loader`` for the current epoch, skipping batches consumed before a resume."""
+        """Iterate ``loader`` for the current epoch, skipping batches consumed before a resume.
+
+        The global torch RNG is reseeded before each batch (see below).
+        """
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(self.state.epoch)
         skip = self.state.batch_in_epoch
@@ -277,6 +295,13 @@ class TrainingSession:
         try:
             for batch in iterable:
                 self.state.batch_in_epoch += 1
+                # Model-side randomness (dropout, MAE masks) draws from the global RNG, which
+                # DataLoader iterators also consume at moments that differ after a resume; seeding it
+                # per (epoch, batch, rank) keeps a resumed run identical to an uninterrupted one.
+                torch.manual_seed(sample_seed(
+                    self.loop.seed ^ STEP_STREAM, self.state.epoch,
+                    self.state.batch_in_epoch * self.world_size + self.accelerator.process_index,
+                ))
                 yield batch
                 if bar is not None:
                     bar.update(1)

@@ -25,12 +25,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from polypssl.config import load_config, resolve_config_path
-from polypssl.data.sampling import EpochSampler, SeededDataset, sample_seed
+from polypssl.data.sampling import EpochSampler, SeededDataset
 from polypssl.errors import PolypsslError
 from polypssl.finetune.loss import soft_dice_loss
 from polypssl.finetune.segmenters import build_segmenter, freeze_encoder
 from polypssl.runs import is_complete, read_json, save_safetensors, write_json
-from polypssl.training import LoopConfig, TrainingSession
+from polypssl.training import LoopConfig, TrainingSession, per_process_batch
 
 log = logging.getLogger(__name__)
 
@@ -76,17 +76,6 @@ class FinetuneConfig:
 
 
 # ---------------------------------------------------------------------------------------------- data
-
-
-def per_process_batch(global_batch: int, world_size: int, accumulation: int = 1) -> int:
-    """The per-process batch that makes ``global_batch`` images per optimiser step."""
-    parts = world_size * accumulation
-    if global_batch < parts or global_batch % parts:
-        raise PolypsslError(
-            f"batch_size={global_batch} is the global batch and must be a multiple of processes x "
-            f"loop.gradient_accumulation_steps = {world_size} x {accumulation}; choose e.g. batch_size={max(parts, global_batch // parts * parts)}"
-        )
-    return global_batch // parts
 
 
 def open_split(cfg: FinetuneConfig, split: str) -> Any:
@@ -270,13 +259,9 @@ def finetune(cfg: FinetuneConfig) -> Path:
         return bool(cfg.early_stop_patience) and extra["epochs_since_best"] >= cfg.early_stop_patience
 
     session.should_stop = stop_early()
-    rank = accelerator.process_index
     for epoch in session.epochs(cfg.epochs):
         model.train()
         for images, masks in session.batches(loader):
-            # Dropout draws from the global RNG; seeding it per step keeps a resumed run identical
-            # to an uninterrupted one (DataLoader iterators also draw from it at other moments).
-            torch.manual_seed(sample_seed(cfg.loop.seed + 1000 * rank, epoch, session.step))
             with accelerator.accumulate(model):
                 loss = soft_dice_loss(model(images), masks)
                 session.check_finite(loss)

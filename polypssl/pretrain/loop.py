@@ -13,8 +13,8 @@ Why the loop looks the way it does:
 * The learning rate is ``optim.base_lr x batch_size / 256`` (the recipes' linear scaling rule),
   warmed up and then cosine-decayed per optimiser step. The scheduler is stepped by this loop
   exactly once per optimiser step (only when gradients are synchronised), not once per process.
-* Step randomness (MAE's masks) is seeded from (seed, epoch, batch, rank), so a run resumed
-  from a checkpoint takes exactly the steps an uninterrupted run takes.
+* Step randomness (MAE's masks) is seeded per (seed, epoch, batch, rank) by the training session,
+  so a run resumed from a checkpoint takes exactly the steps an uninterrupted run takes.
 * The loss stays on the device between log steps: one host synchronisation every
   ``loop.log_every`` steps (and before every checkpoint), where the loss averaged over processes
   is logged and checked for NaN/inf on every process at once (so no process is left waiting).
@@ -36,13 +36,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from polypssl.config import load_config, resolve_config_path
-from polypssl.data.sampling import EpochSampler, SeededDataset, sample_seed
+from polypssl.data.sampling import EpochSampler, SeededDataset
 from polypssl.errors import PolypsslError
 from polypssl.pretrain.barlowtwins import BarlowTwinsConfig
 from polypssl.pretrain.mae import MAEConfig
 from polypssl.pretrain.mocov3 import MoCoV3Config
 from polypssl.runs import is_complete
-from polypssl.training import LoopConfig, TrainingSession
+from polypssl.training import LoopConfig, TrainingSession, per_process_batch
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +55,6 @@ METHODS: dict[str, tuple[str, str]] = {
 }
 #: what the exported backbone records as its pretraining data, by dataset name (docs/protocol.md section 1)
 DATA_LABELS = {"hyperkvasir-unlabelled": "HK", "imagenet-1k": "IN"}
-#: step-randomness seeds are drawn from a stream distinct from the augmentation stream
-_STEP_STREAM = 0x5EED
 
 
 @dataclass
@@ -130,18 +128,6 @@ def data_label(data: PretrainDataConfig) -> str:
     if data.name == "hf":
         return data.root
     return data.name
-
-
-def per_process_batch(batch_size: int, world_size: int, accumulation: int) -> int:
-    """Images each process loads per forward pass; the global batch must split evenly."""
-    parts = world_size * accumulation
-    if batch_size < 1 or batch_size % parts:
-        raise PolypsslError(
-            f"batch_size={batch_size} (the global batch) must be a positive multiple of "
-            f"processes ({world_size}) x loop.gradient_accumulation_steps ({accumulation}) = {parts}; "
-            f"change batch_size or loop.gradient_accumulation_steps"
-        )
-    return batch_size // parts
 
 
 def learning_rate(cfg: PretrainConfig) -> float:
@@ -320,15 +306,11 @@ def pretrain(cfg: PretrainConfig, on_step: StepCallback | None = None) -> Path:
 
     log_every = max(cfg.loop.log_every, 1)
     ckpt_every = cfg.loop.checkpoint_every
-    for epoch in session.epochs(cfg.epochs):
+    for _epoch in session.epochs(cfg.epochs):
         model.train()
         for batch in session.batches(loader):
             if channels_last:
                 batch = _channels_last(batch)
-            torch.manual_seed(
-                sample_seed(cfg.loop.seed ^ _STEP_STREAM, epoch,
-                            session.state.batch_in_epoch * session.world_size + acc.process_index)
-            )
             images_in_step += _batch_size_of(batch)
             with acc.accumulate(model):
                 loss = model(batch)
