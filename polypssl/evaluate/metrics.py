@@ -26,6 +26,11 @@ SMOOTH = 1e-8
 METRICS = ("dice", "iou", "precision", "recall")
 
 
+def logits_at_mask_size(logits: Tensor, mask: Tensor) -> Tensor:
+    """One image's logits [1,1,S,S] resized (bilinear) to ``mask``'s original [H,W], as the protocol scores."""
+    return torch.nn.functional.interpolate(logits, size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)
+
+
 def binarize_target(targets: Tensor) -> Tensor:
     """Bool target: bool stays as is; numbers (``{0,1}`` or luminance in ``[0,1]``) are ``> 0.5``."""
     return targets if targets.dtype == torch.bool else targets > 0.5

@@ -26,14 +26,19 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from polypssl import runs
 from polypssl.errors import PolypsslError
 from polypssl.evaluate import stats
-from polypssl.evaluate.metrics import METRICS, pixel_counts, pooled_dice, scores_from_counts
+from polypssl.evaluate.metrics import (
+    METRICS,
+    logits_at_mask_size,
+    pixel_counts,
+    pooled_dice,
+    scores_from_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +93,7 @@ def evaluate_batches(
             mask = torch.as_tensor(mask)
             if mask.dim() == 3:  # [1,H,W]
                 mask = mask[0]
-            full = F.interpolate(logits[i : i + 1], size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)
+            full = logits_at_mask_size(logits[i : i + 1], mask)
             counts = pixel_counts(full.cpu(), mask[None, None].cpu())
             scores = scores_from_counts(**counts)
             index = batch["index"][i]

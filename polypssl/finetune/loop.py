@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -121,7 +120,8 @@ def validate(model: nn.Module, loader: Any, session: TrainingSession | None = No
     and in the metrics, and (main process, when ``overlays``) a few (image, target, prediction)
     triples for display.
     """
-    from polypssl.evaluate.metrics import per_image_scores  # to the right of finetune: imported late
+    # to the right of finetune: imported late
+    from polypssl.evaluate.metrics import logits_at_mask_size, per_image_scores
 
     accelerator = session.accelerator if session is not None else None
     device = accelerator.device if accelerator is not None else next(model.parameters()).device
@@ -135,10 +135,7 @@ def validate(model: nn.Module, loader: Any, session: TrainingSession | None = No
         logits = model(batch["image"].to(device)).float()
         sync()
         t1 = time.perf_counter()
-        full = [
-            F.interpolate(logits[i : i + 1], size=tuple(mask.shape[-2:]), mode="bilinear", align_corners=False)
-            for i, mask in enumerate(batch["mask"])
-        ]
+        full = [logits_at_mask_size(logits[i : i + 1], mask) for i, mask in enumerate(batch["mask"])]
         sync()
         t2 = time.perf_counter()
         dice = torch.cat([
