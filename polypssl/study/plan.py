@@ -42,10 +42,6 @@ STAGE_SCHEMAS = {
     "pretrain": ("polypssl.pretrain.loop", "PretrainConfig"),
     "finetune": ("polypssl.finetune.loop", "FinetuneConfig"),
 }
-WEIGHT_PATH_PREFIXES = ("file:", "mocov3:", "mae:", "barlowtwins:", "auto:")
-ENCODER_LABELS = {"resnet": "RN", "vit": "VT"}
-DATA_LABELS = {"none": "NA"}
-METHOD_LABELS = {"mocov3": "MC", "barlowtwins": "BT", "mae": "MA", "supervised": "SL", "none": "NA"}
 
 
 # --------------------------------------------------------------------------------------- schema
@@ -378,11 +374,12 @@ def config_hash(cfg: dict[str, Any], study_root: Path | None = None, length: int
 
 
 def model_label(entry: ModelEntry) -> str:
-    """The paper's label: RN/VT - HK/IN/NA - MC/BT/MA/SL/NA (other values pass through)."""
-    enc = next((v for k, v in ENCODER_LABELS.items() if entry.encoder.startswith(k)), entry.encoder)
-    data = DATA_LABELS.get(entry.pretrain_data, entry.pretrain_data)
-    method = METHOD_LABELS.get(entry.pretrain_method, entry.pretrain_method)
-    return f"{enc}-{data}-{method}"
+    """The paper's label (RN/VT - HK/IN/NA - MC/BT/MA/SL/NA), the same the report prints."""
+    from polypssl.evaluate.labels import model_label as report_label
+
+    return report_label(
+        {"encoder": entry.encoder, "pretrain_data": entry.pretrain_data, "pretrain_method": entry.pretrain_method}
+    )
 
 
 def _match(recipes: Sequence[Any], encoder: str, method: str | None = None) -> Any | None:
@@ -392,13 +389,6 @@ def _match(recipes: Sequence[Any], encoder: str, method: str | None = None) -> A
         if (method is None or r.method == method) and (encoder == r.encoder or encoder.startswith(r.encoder))
     ]
     return max(candidates, key=lambda r: (r.encoder == encoder, len(r.encoder)), default=None)
-
-
-def _weight_path(spec: str) -> str | None:
-    for prefix in WEIGHT_PATH_PREFIXES:
-        if spec.startswith(prefix):
-            return spec[len(prefix):]
-    return None
 
 
 # -------------------------------------------------------------------------------------- planning
@@ -461,8 +451,10 @@ def plan_study(cfg: StudyConfig, resolver: Resolver | None = None, validate: boo
         finetune_runs[name] = run_dir
         if validate:
             _check_path(resolved.get("data", {}).get("root"), f"{data_key} (fine-tuning data, {ft_dataset})")
-            wpath = _weight_path(str(resolved.get("weights", weights)))
-            if wpath is not None and not any(steps[d].run_dir / "backbone.safetensors" == Path(wpath) for d in deps):
+            from polypssl.backbones import parse_weights
+
+            wpath = parse_weights(str(resolved.get("weights", weights))).path
+            if wpath is not None and not any(steps[d].run_dir / "backbone.safetensors" == wpath for d in deps):
                 _check_path(wpath, f"{key}.weights")
         for ev in cfg.evaluations:
             ev_root, ev_key = (ev.root, "evaluations[].root") if ev.root else cfg.data.labelled_root(ev.dataset)
