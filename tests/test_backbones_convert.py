@@ -9,9 +9,9 @@ from safetensors.torch import load_file
 from test_backbones import barlowtwins_checkpoint, mae_checkpoint, mocov3_checkpoint
 
 from polypssl.backbones import build_encoder, create_backbone, describe_weights, load_encoder_state_dict
-from polypssl.backbones.formats import sha256_file
 from polypssl.cli import main
 from polypssl.errors import PolypsslError
+from polypssl.runs import sha256_file
 
 
 def _metadata(path) -> dict[str, str]:

@@ -19,12 +19,12 @@ from polypssl.backbones.formats import (
     extract_encoder,
     family_of_keys,
     read_checkpoint,
-    sha256_file,
     tensor_dict,
 )
 from polypssl.backbones.registry import backbone_info, list_backbones
 from polypssl.backbones.weights import align_state_dict, infer_arch, native_image_size, save_backbone
 from polypssl.errors import PolypsslError
+from polypssl.runs import sha256_file
 
 
 @dataclass
@@ -75,11 +75,13 @@ def convert_checkpoint(
                 "which keys differ"
             )
     state_dict = align_state_dict(arch, extracted.state_dict, native_image_size(arch, extracted.state_dict), str(src))
-    extra = {"source_file": src.name, "source_format": fmt, "source_sha256": sha256_file(src)}
     if fmt == "polypssl":
         reserved = {"format", "arch", "pretrain_method", "pretrain_data"}
         extra = {k: v for k, v in ckpt.metadata.items() if k not in reserved}
-        extra.setdefault("source_sha256", sha256_file(src))
+        if "source_sha256" not in extra:
+            extra["source_sha256"] = sha256_file(src)
+    else:
+        extra = {"source_file": src.name, "source_format": fmt, "source_sha256": sha256_file(src)}
     save_backbone(state_dict, dest, arch=arch, method=method, data=data, **extra)
     return ConvertResult(
         dest, arch, fmt, method, data, len(state_dict), sum(t.numel() for t in state_dict.values()),

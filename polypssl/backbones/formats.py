@@ -134,16 +134,6 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     return Checkpoint(path, torch_load_safe(path))
 
 
-def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ---------------------------------------------------------------------------------------------- layouts
 
 

@@ -116,14 +116,6 @@ def fetch(url: str, path: Path, retries: int = RETRIES, backoff: float = 1.0) ->
     return path
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _unsafe(name: str) -> bool:
     p = PurePosixPath(name.replace("\\", "/"))
     return p.is_absolute() or ".." in p.parts or (len(name) > 1 and name[1] == ":")
@@ -187,7 +179,7 @@ def download(name: str, dest: str | Path, url: str | None = None, sha256: str | 
     The archive's sha256 is checked against ``sha256`` when given and recorded in
     ``dest/<name>.download.json``; the archive itself is deleted once unpacked and checked.
     """
-    from polypssl.runs import now, write_json
+    from polypssl.runs import now, sha256_file, write_json
 
     check_name(name)
     if name in HOW_TO_GET:
