@@ -15,10 +15,9 @@ from PIL import Image, ImageFilter
 from torch import Tensor
 from torchvision import transforms as T
 
+from polypssl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from polypssl.errors import PolypsslError
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 METHODS = ("mocov3", "barlowtwins", "mae")
 
 
